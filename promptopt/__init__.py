@@ -1,0 +1,1 @@
+"""promptopt: automatic prompt optimization."""

@@ -47,15 +47,20 @@ class Trial:
 
 
 class History:
-    """Read view of one run in the store, plus the current step. Kept in sync by the loop."""
+    """What a strategy knows about its run: candidates proposed and results seen so far, plus
+    the current step. The loop fills it as the run (or its replay, on resume) proceeds, so a
+    strategy replayed on resume sees exactly what it saw the first time. ``load=True`` fills it
+    from the store at once (for reports and inspection)."""
 
-    def __init__(self, store: Storage, run_id: str, task: Task) -> None:
+    def __init__(self, store: Storage, run_id: str, task: Task, *, load: bool = False) -> None:
         self.store = store
         self.run_id = run_id
         self.task = task
         self.step = 0
         self._candidates: dict[str, CandidateRecord] = {}
         self._results: dict[tuple[str, str], dict[str, ExampleResult]] = {}
+        if not load:
+            return
         for rec in store.get_candidates(run_id):
             self._candidates[rec.hash] = rec
         for ev in store.get_evaluations(run_id):

@@ -17,13 +17,15 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from promptopt.errors import BudgetExceeded, ConfigError, PromptOptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Automatic prompt optimization.")
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: messages are never broken mid-line, so they stay greppable in logs and tests.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_STORE = ".promptopt/store.sqlite"
 
@@ -246,7 +248,8 @@ def show(
     try:
         if run_id is None:
             table = Table(title="runs")
-            for col in ("id", "name", "strategy", "status", "best val", "best test"):
+            table.add_column("id", no_wrap=True, min_width=26)
+            for col in ("name", "strategy", "status", "best val", "best test"):
                 table.add_column(col)
             for run in st.list_runs():
                 best = (run.summary or {}).get("best", {})
@@ -260,8 +263,10 @@ def show(
         for ev in evals:
             per.setdefault(ev.candidate_hash, {}).setdefault(ev.split, []).append(ev.result)
         table = Table(title="candidates (by val score)")
-        for col in ("hash", "step", "val", "n val", "test", "errors", "unparsed", "demos", "instruction"):
-            table.add_column(col)
+        table.add_column("hash", no_wrap=True, min_width=12)
+        for col in ("step", "val", "n val", "test", "errors", "unparsed", "demos"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("instruction")
         rows = []
         for rec in st.get_candidates(run.id):
             splits = per.get(rec.hash, {})
@@ -366,13 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except BudgetExceeded as exc:
-        err_console.print(f"[red]budget exhausted before any result:[/red] {exc}")
+        err_console.print(f"[red]budget exhausted before any result:[/red] {escape(str(exc))}")
         return EXIT_BUDGET
     except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         return EXIT_BAD_INPUT
     except PromptOptError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         return EXIT_FAILURE
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
@@ -385,11 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         import click
 
         if isinstance(exc, click.exceptions.UsageError):
-            err_console.print(f"[red]usage error:[/red] {exc.format_message()}")
+            err_console.print(f"[red]usage error:[/red] {escape(exc.format_message())}")
             return EXIT_BAD_INPUT
         if isinstance(exc, click.exceptions.Abort):
             return 130
-        err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {exc}")
+        err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {escape(str(exc))}")
         return EXIT_FAILURE
     return EXIT_OK
 

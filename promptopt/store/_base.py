@@ -185,8 +185,10 @@ class Storage(abc.ABC):
         """Registered prompt names with their latest version, sorted by name."""
 
     # --- housekeeping -------------------------------------------------------------------
-    def check_integrity(self) -> list[str]:
-        """Problems found (empty list = healthy). Used by ``promptopt doctor``."""
+    def check_integrity(self, *, stale_after_s: float = 6 * 3600) -> list[str]:
+        """Problems found, one line each (empty list = healthy). Used by ``promptopt doctor``.
+        A run marked ``running`` that wrote nothing for ``stale_after_s`` seconds is reported
+        as half-written (its process probably died)."""
         return []
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ WHEELS ?= $(HOME)/.cache/promptopt/wheels
 LLAMA_CPP_VERSION ?= 0.3.36
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 TORCH_VERSION ?= 2.13.0
-EXTRAS ?= embedded,litellm,torch,ease,optuna,dev
+EXTRAS ?= embedded,litellm,torch,ease,optuna,postgres,dev
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
 .PHONY: install demo test bench clean-venv

@@ -150,6 +150,8 @@ def optimize(
     budget = opts["budget_calls"]
     if budget is not None and int(budget) <= 0:
         raise ConfigError(f"--budget-calls must be positive, got {budget}.", fix="Give a positive number of task-model calls.")
+    if opts["max_tokens"] is not None and int(opts["max_tokens"]) < 1:
+        raise ConfigError(f"--max-tokens must be at least 1, got {opts['max_tokens']}.", fix="Give the longest answer to allow, in tokens (default 64).")
     caps = {"max_cost_usd": float(opts["max_cost_usd"])} if opts["max_cost_usd"] is not None else None
     result = run_optimize(
         task,
@@ -163,7 +165,7 @@ def optimize(
         seed=seed_value,
         run_name=opts["run_name"],
         ledger_caps=caps,
-        max_tokens=int(opts["max_tokens"] or 64),
+        max_tokens=int(opts["max_tokens"]) if opts["max_tokens"] is not None else 64,
         progress=not no_progress,
     )
     _print_result(result)
@@ -172,11 +174,21 @@ def optimize(
 
 
 def _check_writable(path: pathlib.Path) -> None:
+    import tempfile
+
+    if path.is_dir():
+        raise ConfigError(f"Cannot write {path}: it is a directory.", fix=f"Give a file name, e.g. {path / 'result.json'}.")
     parent = path.resolve().parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"Cannot write {path}: {parent} is a file, not a directory.", fix="Choose another --json-out path.")
     if not parent.is_dir():
         raise ConfigError(f"Cannot write {path}: directory {parent} does not exist.", fix="Create the directory or choose another --json-out path.")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"Cannot write {path}: directory {parent} is not writable.", fix="Choose a writable --json-out path.")
+    # Probe with a real file: os.access says yes to root on read-only or virtual file systems.
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"Cannot write {path}: directory {parent} is not writable ({exc.strerror or exc}).", fix="Choose a writable --json-out path.") from None
 
 
 def _write_json_atomic(path: pathlib.Path, payload: dict[str, Any]) -> None:
@@ -337,13 +349,9 @@ def register(
 @app.command()
 def doctor(store: str = typer.Argument(..., help="Store path or URL to check.")) -> None:
     """Check a store's integrity (exit 0 healthy, 1 problems found)."""
-    from promptopt.store import open_store
+    from promptopt._doctor import diagnose
 
-    st = open_store(store)
-    try:
-        problems = st.check_integrity()
-    finally:
-        st.close()
+    problems = diagnose(store)
     if problems:
         for p in problems:
             console.print(f"[red]problem[/red] {p}")
@@ -369,7 +377,7 @@ def strategies() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point with promptopt's exit codes."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except BudgetExceeded as exc:
         err_console.print(f"[red]budget exhausted before any result:[/red] {escape(str(exc))}")
         return EXIT_BUDGET
@@ -387,16 +395,28 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted: `promptopt resume RUN` finishes the run")
         return 130
     except Exception as exc:  # click usage errors and the rest
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            err_console.print(f"[red]usage error:[/red] {escape(exc.format_message())}")
+        if isinstance(exc, _click_classes("UsageError")):
+            command = f"promptopt {exc.ctx.info_name} --help" if getattr(exc, "ctx", None) is not None and exc.ctx.parent is not None else "promptopt --help"
+            err_console.print(f"[red]usage error:[/red] {escape(exc.format_message())} Fix: see `{command}` for the options.")
             return EXIT_BAD_INPUT
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, _click_classes("Abort")):
             return 130
         err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {escape(str(exc))}")
         return EXIT_FAILURE
-    return EXIT_OK
+    return code if isinstance(code, int) else EXIT_OK
+
+
+def _click_classes(name: str) -> tuple[type, ...]:
+    """``click.exceptions.<name>`` and its copy in the click that typer vendors (typer >= 0.20)."""
+    import importlib
+
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
 
 
 if __name__ == "__main__":  # pragma: no cover

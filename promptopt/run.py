@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from promptopt.errors import BudgetExceeded, ConfigError
+from promptopt.errors import BudgetExceeded, ConfigError, PromptOptError
 from promptopt.evaluators._base import EvalResult, Evaluator, ExampleResult
 from promptopt.lm._types import LM
 from promptopt.optimizers._base import History, Strategy, StrategyContext, Trial, examples_by_id, make_strategy
@@ -384,6 +384,38 @@ class _Loop:
             self._bar = None
 
 
+def _check_templates(task: Task, baseline: Candidate | None) -> None:
+    """Fail at run start on a bad task or baseline template: the baseline is only evaluated at
+    the end, after the search has spent its budget."""
+    from promptopt._render import candidate_renderer, check_template
+
+    sources = [task.metadata.get("input_template"), baseline.input_template if baseline is not None else None]
+    if not any(isinstance(s, str) for s in sources):
+        return
+    examples = [*task.train, *task.val, *task.test]
+    # A template may read any input field every example has (not only task.input_fields).
+    fields = set.intersection(*(set(map(str, e.inputs)) for e in examples)) if examples else set(task.input_fields)
+    for source in sources:
+        if isinstance(source, str):
+            check_template(source, fields)
+    # Some unsafe operations (attribute filters, huge repetitions) are refused only while rendering.
+    for candidate in [Candidate(), *([baseline] if baseline is not None else [])]:
+        candidate_renderer(candidate, task)(examples[0].inputs)
+
+
+class _LedgerSince:
+    """The counters a shared ledger gained since this run started (a prebuilt LM may serve
+    several runs, or a resumed run's earlier executions)."""
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+        self.start = ledger.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.ledger.snapshot()
+        return {k: v - self.start.get(k, 0) for k, v in now.items()}
+
+
 def _default_baseline(task: Task, strategy: Strategy) -> Candidate:
     """Zero-shot with the first instruction the strategy was given (or the task description)."""
     instructions = getattr(strategy, "instructions", None) or []
@@ -431,6 +463,7 @@ def optimize(
     task.validate()
     if budget is not None and budget <= 0:
         raise ConfigError(f"budget must be positive, got {budget}.", fix="Give a positive number of evaluations, or None for no limit.")
+    _check_templates(task, baseline)
     strat = make_strategy(strategy, strategy_params) if isinstance(strategy, str) else strategy
     if isinstance(strategy, Strategy) and strategy_params:
         raise ConfigError("strategy_params given with a Strategy object.", fix="Pass parameters to the strategy's constructor instead.")
@@ -449,7 +482,17 @@ def optimize(
         "evaluate_test": evaluate_test,
     }
     run_id = storage.create_run(name=run_name or task.name, strategy=strat.name, strategy_params=strat.get_params(), config=config, seed=seed)
-    return _execute(run_id, task, strat, storage, config, seed, model, proposer_model, judge_model, baseline, callbacks, evaluator, cache, progress)
+    try:
+        return _execute(run_id, task, strat, storage, config, seed, model, proposer_model, judge_model, baseline, callbacks, evaluator, cache, progress)
+    except ConfigError as exc:
+        # A bad setting found before the loop started (ledger caps, model, strategy parameters):
+        # close the run as failed with the reason, instead of leaving it 'created' forever.
+        try:
+            if storage.get_run(run_id).status == "created":
+                storage.update_run(run_id, status="failed", summary={"stop_reason": "config_error", "error": exc.message})
+        except PromptOptError:  # never hide the original error
+            pass
+        raise
 
 
 def resume(
@@ -533,6 +576,11 @@ def _execute(
 
     task_lm = build(model, None)
     assert task_lm is not None
+    # A prebuilt LM stack (make_lm(...), or wrappers around a LedgeredLM) counts its calls in its
+    # own ledger, not in the fresh one above: report what that ledger counted during this run.
+    own_ledger = None if isinstance(model, str) else getattr(task_lm, "ledger", None)
+    if isinstance(own_ledger, Ledger):
+        ledger = _LedgerSince(own_ledger)  # type: ignore[assignment]
     # The same model string shares one backend (one embedded model in memory, one KV cache).
     proposer_lm = task_lm if proposer_model in (None, model) else build(proposer_model, task_lm)
     judge_lm = None if judge_model is None else (task_lm if judge_model == model else build(judge_model, task_lm))

@@ -14,7 +14,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from promptopt.errors import ConfigError, StoreError, UnknownNameError
+from promptopt.errors import ConfigError, StoreCorruptedError, StoreError, UnknownNameError
 from promptopt.prompt import Candidate
 from promptopt.store._base import CandidateRecord, RunRecord, Storage
 
@@ -157,6 +157,8 @@ def load_prompt(
             )
         try:
             run = st.get_run(name_or_run)
+        except StoreCorruptedError:
+            raise  # the run is there but damaged: say so, not "unknown name"
         except StoreError as exc:
             if "ambiguous" in exc.message:
                 raise

@@ -18,6 +18,7 @@ __all__ = [
     "LMTransientError",
     "BudgetExceeded",
     "StoreError",
+    "NotFoundError",
     "SchemaVersionError",
     "StoreCorruptedError",
     "DependencyMissingError",
@@ -85,6 +86,10 @@ class BudgetExceeded(PromptOptError):
 
 class StoreError(PromptOptError):
     """The candidate store failed."""
+
+
+class NotFoundError(StoreError, ConfigError):
+    """A run, candidate or prompt name that the store does not hold (or an ambiguous prefix)."""
 
 
 class SchemaVersionError(StoreError, ConfigError):

@@ -71,7 +71,7 @@ def test_config_file_with_unknown_key(capsys, tmp_path):
 def test_show_unknown_run(capsys, tmp_path):
     store = tmp_path / "s.sqlite"
     code, out = run_cli(["show", "run-does-not-exist", "--store", str(store)], capsys)
-    assert code == 2 or code == 1
+    assert code == 2
     assert "run-does-not-exist" in out
 
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from promptopt.errors import StoreCorruptedError, StoreError
+from promptopt.errors import NotFoundError, StoreCorruptedError, StoreError
 from promptopt.evaluators._base import ExampleResult
 from promptopt.prompt import Candidate
 
@@ -215,7 +215,7 @@ def _new_run_id() -> str:
 
 def _check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
-        raise StoreError(
+        raise NotFoundError(
             f"Invalid run id {run_id!r}.",
             fix="Use 1-128 characters from letters, digits and . _ : - (starting with a letter or digit), or let the store pick one.",
         )

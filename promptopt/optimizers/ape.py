@@ -99,6 +99,7 @@ _LABEL_RE = re.compile(
     re.IGNORECASE,
 )
 _WAS_RE = re.compile(r"^\s*(?:the\s+)?instruction\s+(?:was|is)\b\s*:?\s*", re.IGNORECASE)
+_HERE_RE = re.compile(r"^\s*here(?:'s|\s+is)\s+(?:the|a|an|my)\s+(?:[\w-]+\s+){0,2}(?:prompt|instruction|text)\s*:\s*", re.IGNORECASE)
 _FENCE_RE = re.compile(r"^```[^\n]*\n(.*?)\n?```", re.DOTALL)
 _QUOTES = ('"', "'", "`", "\u201c", "\u201d", "\u2018", "\u2019")
 # A proposer that keeps writing demos after the instruction: cut at the first one.
@@ -117,9 +118,15 @@ def _clean_instruction(text: str, *, first_line: bool = False, strip_to: bool = 
     fence = _FENCE_RE.match(text)
     if fence:
         text = fence.group(1).strip()
+    # Echoed meta-prompt headings ("## New Prompt") are not part of the instruction.
+    lines = text.split("\n")
+    while lines and (lines[0].lstrip().startswith("#") or not lines[0].strip()):
+        lines.pop(0)
+    text = "\n".join(lines).strip()
     for _ in range(3):  # labels can nest: 'The new prompt: "Instruction: ..."'
         before = text
         text = _WAS_RE.sub("", text, count=1)
+        text = _HERE_RE.sub("", text, count=1)
         text = _LABEL_RE.sub("", text, count=1).strip()
         if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
             text = text[1:-1].strip()
@@ -329,6 +336,7 @@ class APE(Strategy):
                         "bandit_spent": self._bandit_spent,
                         "kept": [c.hash for c in kept],
                         "estimates": {c.hash: self._estimate(history, c)[0] for c in self._pool},
+                        "counts": {c.hash: self._estimate(history, c)[1] for c in self._pool},
                     },
                 )
                 self._phase = "next"

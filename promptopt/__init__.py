@@ -8,7 +8,7 @@ from promptopt.data import load_instruction_induction, load_task
 from promptopt.errors import BudgetExceeded, ConfigError, PromptOptError
 from promptopt.evaluators import EvalResult, ExampleResult, PairwiseJudge, RubricJudge, TaskEvaluator
 from promptopt.lm import LM, Ledger, LMRequest, LMResponse, make_lm
-from promptopt.optimizers import RandomSearch, Strategy, StrategyContext, Trial, register_strategy
+from promptopt.optimizers import APE, EASE, OPRO, PE2, BayesJointSearch, RandomSearch, Strategy, StrategyContext, Trial, register_strategy
 from promptopt.prompt import Candidate, Demo
 from promptopt.run import OptimizationResult, optimize, resume
 from promptopt.store import Storage, load_prompt, open_store
@@ -17,6 +17,11 @@ from promptopt.task import Example, Task
 __version__ = "0.1.0"
 
 __all__ = [
+    "APE",
+    "BayesJointSearch",
+    "EASE",
+    "OPRO",
+    "PE2",
     "BudgetExceeded",
     "Candidate",
     "ConfigError",

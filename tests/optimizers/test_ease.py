@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from _exemplar_toys import GOLD, GOOD_INSTRUCTION, demo_oracle, joint_oracle, make_task, quality, register_toy_embedder
+from _exemplar_toys import GOOD_INSTRUCTION, demo_oracle, joint_oracle, make_task, quality, register_toy_embedder
 from promptopt.errors import ConfigError, UnknownNameError
 from promptopt.lm._scripted import ScriptedLM
 from promptopt.optimizers import RandomSearch, make_strategy
